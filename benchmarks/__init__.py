@@ -1,0 +1,1 @@
+"""Benchmarks of proxjax, each a script printing a table."""
