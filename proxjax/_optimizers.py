@@ -5,15 +5,16 @@ from typing import Any
 import optax
 
 from proxjax import _hyperparams as hp
+from proxjax._base import place_state_like_params
 from proxjax._prox import prox_elastic_net
-from proxjax._scaling import scale_by_decayed_rms
+from proxjax._scaling import check_decayed_rms, scale_by_decayed_rms
 
 
 def _momentum(name: str, momentum: Any, nesterov: bool) -> optax.GradientTransformation:
     if momentum is None:
         return optax.identity()
     hp.check_number(name, "momentum", momentum, upper=1.0)
-    return optax.trace(decay=momentum, nesterov=nesterov)
+    return place_state_like_params(optax.trace(decay=momentum, nesterov=nesterov))
 
 
 def prox_sgd(
@@ -130,6 +131,7 @@ def prox_decayed_rms(
     """
     name = "prox_decayed_rms"
     hp.check_positive(name, "learning_rate", learning_rate)
+    check_decayed_rms(name, decay_rate, accumulation, beta)
     hp.check_strength(name, "l1", l1)
     hp.check_strength(name, "l2", l2)
     return optax.chain(

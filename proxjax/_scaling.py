@@ -7,9 +7,20 @@ import jax.numpy as jnp
 import optax
 
 from proxjax import _hyperparams as hp
-from proxjax._base import check_floating
+from proxjax._base import check_floating, full_like_params
 
 _ACCUMULATIONS = ("sum", "ema")
+
+
+def check_decayed_rms(name: str, decay_rate: Any, accumulation: str, beta: Any):
+    """Checks the decayed-RMS options, naming the function the user called."""
+    hp.check_number(name, "decay_rate", decay_rate)
+    if accumulation not in _ACCUMULATIONS:
+        raise ValueError(
+            f"{name}: accumulation must be one of {_ACCUMULATIONS}, "
+            f"got {accumulation!r}."
+        )
+    hp.check_number(name, "beta", beta, upper=1.0)
 
 
 class ScaleByDecayedRmsState(NamedTuple):
@@ -91,20 +102,12 @@ def scale_by_decayed_rms(
       for Machine Learning, 2012.
     """
     name = "scale_by_decayed_rms"
-    hp.check_number(name, "decay_rate", decay_rate)
-    if accumulation not in _ACCUMULATIONS:
-        raise ValueError(
-            f"{name}: accumulation must be one of {_ACCUMULATIONS}, "
-            f"got {accumulation!r}."
-        )
-    hp.check_number(name, "beta", beta, upper=1.0)
+    check_decayed_rms(name, decay_rate, accumulation, beta)
     scheduled = hp.uses_schedule(decay_rate, beta)
 
     def init_fn(params):
         check_floating(name, params)
-        accumulator = jax.tree.map(
-            lambda p: jnp.zeros(p.shape, accumulator_dtype or p.dtype), params
-        )
+        accumulator = full_like_params(params, 0.0, accumulator_dtype)
         count = jnp.zeros([], jnp.int32) if scheduled else None
         return ScaleByDecayedRmsState(count=count, accumulator=accumulator)
 

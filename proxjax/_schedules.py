@@ -56,7 +56,8 @@ def inverse_time_decay(
         )
 
     def schedule(count: Any) -> jax.Array:
-        t = jnp.asarray(count) / decay_steps
+        # The default float dtype: float64 when x64 is enabled.
+        t = jnp.asarray(count).astype(jnp.result_type(float)) / decay_steps
         if staircase:
             t = jnp.floor(t)
         return init_value / (1 + decay_rate * t)
