@@ -33,10 +33,73 @@ def check_floating(transform: str, params: Any) -> None:
             )
 
 
+def _place_like(value: jax.Array, param: Any) -> jax.Array:
+    # Under jax.jit an array built from a shape alone is not tied to the
+    # params: the compiler puts it on one device, or replicates it. Selecting
+    # it over the param makes it an output computed from the param, so
+    # sharding propagation gives it the param's sharding. The select never
+    # reads the param's values, so an inf or nan param cannot leak into it
+    # (as it would through ``p * 0``, which also gives -0.0 for negative p).
+    param = jnp.asarray(param)
+    return jnp.where(True, value, param.astype(value.dtype))
+
+
+def full_like_params(params: Any, fill_value: float = 0.0, dtype: Any = None) -> Any:
+    """A tree like ``params`` filled with ``fill_value``, sharded like them.
+
+    Each leaf has its param's shape and sharding, eagerly and under
+    ``jax.jit`` (where ``jnp.zeros(p.shape)`` and ``jnp.zeros_like(p)`` lose
+    it), in ``dtype``, or in its param's dtype when ``dtype`` is ``None``.
+    """
+    return jax.tree.map(
+        lambda p: _place_like(
+            jnp.asarray(fill_value, jnp.result_type(p) if dtype is None else dtype),
+            p,
+        ),
+        params,
+    )
+
+
+def place_state_like_params(
+    transform: optax.GradientTransformation,
+) -> optax.GradientTransformation:
+    """``transform`` whose params-shaped state is sharded like the params.
+
+    optax builds state such as `optax.trace`'s from shapes, so under
+    ``jax.jit(init)`` it lands on one device or is replicated. This re-places
+    every subtree of the state that has the structure and leaf shapes of the
+    params where the params are, leaving its values and dtypes unchanged.
+    """
+
+    def init_fn(params):
+        state = transform.init(params)
+        param_leaves, treedef = jax.tree.flatten(params)
+
+        def like_params(subtree: Any) -> bool:
+            if jax.tree.structure(subtree) != treedef:
+                return False
+            leaves = jax.tree.leaves(subtree)
+            return all(
+                jnp.shape(s) == jnp.shape(p)
+                for s, p in zip(leaves, param_leaves, strict=True)
+            )
+
+        def place(subtree: Any) -> Any:
+            if not like_params(subtree):
+                return subtree
+            leaves = zip(jax.tree.leaves(subtree), param_leaves, strict=True)
+            return treedef.unflatten(
+                [_place_like(jnp.asarray(s), p) for s, p in leaves]
+            )
+
+        return jax.tree.map(place, state, is_leaf=like_params)
+
+    return transform._replace(init=init_fn)
+
+
 def missing_params(transform: str) -> ValueError:
     return ValueError(
-        f"{transform} needs the current params: call "
-        "update(updates, state, params)."
+        f"{transform} needs the current params: call update(updates, state, params)."
     )
 
 

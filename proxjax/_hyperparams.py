@@ -27,9 +27,20 @@ def is_static_zero(value: Any) -> bool:
     return value is None or (is_number(value) and value == 0)
 
 
+def is_schedule(value: Any) -> bool:
+    """Whether ``value`` is a schedule: a callable that is a pytree leaf.
+
+    A callable pytree node, such as a Flax NNX ``Variable`` in a per-leaf tree
+    of strengths (calling it forwards to its value), is a container.
+    """
+    return callable(value) and jax.tree_util.treedef_is_leaf(jax.tree.structure(value))
+
+
 def _is_scalar_like(value: Any) -> bool:
-    return callable(value) or is_number(value) or isinstance(
-        value, (jax.Array, np.ndarray, np.generic)
+    return (
+        is_schedule(value)
+        or is_number(value)
+        or isinstance(value, (jax.Array, np.ndarray, np.generic))
     )
 
 
@@ -78,7 +89,7 @@ def check_strength(transform: str, name: str, value: Any) -> None:
     if _is_scalar_like(value):
         check_number(transform, name, value)
         return
-    leaves = jax.tree.leaves(value, is_leaf=callable)
+    leaves = jax.tree.leaves(value, is_leaf=is_schedule)
     for leaf in leaves:
         if not _is_scalar_like(leaf):
             raise ValueError(
@@ -89,15 +100,17 @@ def check_strength(transform: str, name: str, value: Any) -> None:
 
 
 def uses_schedule(*values: Any) -> bool:
-    """Whether any of ``values`` (or any leaf of a strength tree) is callable."""
+    """Whether any of ``values`` (or any leaf of a strength tree) is a schedule."""
     return any(
-        callable(leaf) for v in values for leaf in jax.tree.leaves(v, is_leaf=callable)
+        is_schedule(leaf)
+        for v in values
+        for leaf in jax.tree.leaves(v, is_leaf=is_schedule)
     )
 
 
 def evaluate(value: Any, count: jax.Array | None) -> Any:
     """The value of a scalar hyperparameter at ``count`` (schedules are called)."""
-    return value(count) if callable(value) else value
+    return value(count) if is_schedule(value) else value
 
 
 def per_leaf(value: Any, params: Any, count: jax.Array | None) -> list[Any]:
@@ -116,7 +129,7 @@ def per_leaf(value: Any, params: Any, count: jax.Array | None) -> list[Any]:
         k = len(jax.tree.leaves(subtree))
         out.extend([None if strength is None else evaluate(strength, count)] * k)
 
-    jax.tree.map(collect, value, params, is_leaf=lambda x: x is None or callable(x))
+    jax.tree.map(collect, value, params, is_leaf=lambda x: x is None or is_schedule(x))
     return out
 
 

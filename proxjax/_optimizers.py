@@ -2,9 +2,12 @@
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from proxjax import _hyperparams as hp
+from proxjax._adaptive import METRIC_CHOICE, check_metric, diagonal_proximal_step
 from proxjax._base import place_state_like_params
 from proxjax._prox import prox_elastic_net
 from proxjax._scaling import check_decayed_rms, scale_by_decayed_rms
@@ -46,8 +49,8 @@ def prox_sgd(
       nesterov: use Nesterov momentum.
 
     Returns:
-      An `optax.GradientTransformation`; ``update`` needs ``params`` when a
-      penalty is set. It works under `optax.inject_hyperparams`.
+      An `optax.GradientTransformation`; ``update`` needs ``params``. It works
+      under `optax.inject_hyperparams`.
 
     Raises:
       ValueError: if a static ``learning_rate`` is not positive, ``l1`` or
@@ -89,16 +92,26 @@ def prox_decayed_rms(
     accumulation: str = "sum",
     beta: Any = 0.9,
     nesterov: bool = False,
+    metric: str = "scalar",
 ) -> optax.GradientTransformation:
     r"""The decayed-RMS step size with proximal L1 and L2 penalties.
 
     .. math::
-        z = p - \frac{\eta_t}{1 + c \sqrt{S_t}} g_t, \qquad
-        p^+ = \frac{\operatorname{sign}(z) \max(|z| - \eta_t a_t, 0)}
-        {1 + \eta_t b_t},
+        d = 1 + c \sqrt{S_t}, \qquad z = p - \frac{\eta_t}{d} g_t,
 
-    with :math:`S_t` as in :func:`scale_by_decayed_rms`. The threshold is the
+    .. math::
+        p^+ = \frac{\operatorname{sign}(z) \max(|z| - \eta_t a_t, 0)}
+        {1 + \eta_t b_t} \quad \text{(scalar)}, \qquad
+        p^+ = \frac{\operatorname{sign}(z) \max(|z| - \eta_t a_t / d, 0)}
+        {1 + \eta_t b_t / d} \quad \text{(diagonal)},
+
+    with :math:`S_t` as in :func:`scale_by_decayed_rms` (with momentum,
+    :math:`g_t / d` is replaced by its trace). By default the threshold is the
     scalar :math:`\eta_t a_t`, the same for every coordinate.
+
+    Which metric:{metric_choice}
+      Because :math:`d \ge 1`, the diagonal threshold never exceeds the
+      scalar one: coordinates with large gradients are shrunk less.
 
     Args:
       learning_rate: :math:`\eta`, positive, a float, an array or a schedule.
@@ -110,13 +123,15 @@ def prox_decayed_rms(
       accumulation: ``"sum"`` or ``"ema"``.
       beta: the moving-average decay for ``"ema"``.
       nesterov: use Nesterov momentum.
+      metric: ``"scalar"`` (the default) or ``"diagonal"``.
 
     Returns:
       An `optax.GradientTransformation`; it works under
       `optax.inject_hyperparams`.
 
     Raises:
-      ValueError: as :func:`prox_sgd` and :func:`scale_by_decayed_rms`.
+      ValueError: as :func:`prox_sgd` and :func:`scale_by_decayed_rms`, or if
+        ``metric`` is unknown.
 
     Example:
       >>> import jax.numpy as jnp
@@ -134,9 +149,29 @@ def prox_decayed_rms(
     check_decayed_rms(name, decay_rate, accumulation, beta)
     hp.check_strength(name, "l1", l1)
     hp.check_strength(name, "l2", l2)
-    return optax.chain(
+    check_metric(name, metric)
+    scaling = optax.chain(
         scale_by_decayed_rms(decay_rate, accumulation=accumulation, beta=beta),
         _momentum(name, momentum, nesterov),
-        optax.scale_by_learning_rate(learning_rate),
-        prox_elastic_net(l1, l2, learning_rate),
     )
+    if metric == "scalar":
+        return optax.chain(
+            scaling,
+            optax.scale_by_learning_rate(learning_rate),
+            prox_elastic_net(l1, l2, learning_rate),
+        )
+
+    def denominators(old, new):
+        # 1 + c sqrt(S), as scale_by_decayed_rms computes it, with c taken at
+        # the count it used.
+        c = hp.evaluate(decay_rate, old[0].count)
+        return jax.tree.map(
+            lambda s: 1 + hp.cast(c, s.dtype) * jnp.sqrt(s), new[0].accumulator
+        )
+
+    return diagonal_proximal_step(name, scaling, denominators, learning_rate, l1, l2)
+
+
+prox_decayed_rms.__doc__ = prox_decayed_rms.__doc__.replace(
+    "{metric_choice}", METRIC_CHOICE
+)
