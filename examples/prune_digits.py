@@ -396,12 +396,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("No strength kept the validation accuracy within the margin.")
     else:
         runs = report["group_lasso"][chosen]
-        gap = _mean(report["dense"], "test_accuracy") - _mean(runs, "test_accuracy")
+        pruned = _mean(runs, "test_accuracy")
+        dense = _mean(report["dense"], "test_accuracy")
         share = _mean(runs, "units_removed") / runs[0]["units"]
         lines.append(
             f"group_l2 = {chosen:g}: {100 * share:.1f} % of the hidden units "
-            f"removed, test accuracy {100 * gap:+.2f} points below dense "
-            "(negative: above)."
+            f"removed, test accuracy {100 * pruned:.2f} % against "
+            f"{100 * dense:.2f} % dense ({100 * (pruned - dense):+.2f} points)."
         )
     return "\n".join(lines)
 
