@@ -1,6 +1,5 @@
 """Proximal steps in the metric of AdaGrad, decayed-RMS and Adam scalings."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,35 +201,6 @@ def _run(opt, steps=5):
         updates, state = update(_grads(i), state, params)
         params = optax.apply_updates(params, updates)
     return params
-
-
-@pytest.mark.parametrize(
-    "factory, kwargs",
-    [
-        (proxjax.prox_adagrad, {}),
-        (proxjax.prox_adam, {"metric": "diagonal"}),
-        (proxjax.prox_adam, {"metric": "scalar"}),
-        (proxjax.prox_decayed_rms, {"metric": "diagonal"}),
-    ],
-)
-def test_inject_hyperparams_changes_without_retracing(factory, kwargs):
-    opt = optax.inject_hyperparams(factory)(learning_rate=0.1, l1=0.0, **kwargs)
-    params = _params()
-    state = opt.init(params)
-    chex.clear_trace_counter()
-
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    params, state = step(params, state, _grads(0))
-    assert proxjax.sparsity(params["w"]) < 0.5
-    state.hyperparams["l1"] = jnp.asarray(1e4, jnp.float32)
-    state.hyperparams["learning_rate"] = jnp.asarray(0.05, jnp.float32)
-    params, state = step(params, state, _grads(1))
-    assert float(proxjax.sparsity(params)) == 1.0
 
 
 @pytest.mark.parametrize(

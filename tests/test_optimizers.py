@@ -73,9 +73,20 @@ def test_jit_and_no_jit_agree(make):
     )
 
 
-@pytest.mark.parametrize("factory", [proxjax.prox_sgd, proxjax.prox_decayed_rms])
-def test_inject_hyperparams_changes_without_retracing(factory):
-    opt = optax.inject_hyperparams(factory)(learning_rate=0.1, l1=0.0, l2=0.0)
+@pytest.mark.parametrize(
+    "factory, kwargs",
+    [
+        (proxjax.prox_sgd, {"l2": 0.0}),
+        (proxjax.prox_decayed_rms, {"l2": 0.0}),
+        (proxjax.prox_decayed_rms, {"metric": "diagonal"}),
+        (proxjax.prox_adagrad, {}),
+        (proxjax.prox_adam, {"metric": "scalar"}),
+        (proxjax.prox_adam, {"metric": "diagonal"}),
+        (proxjax.ftrl, {}),
+    ],
+)
+def test_inject_hyperparams_changes_without_retracing(factory, kwargs):
+    opt = optax.inject_hyperparams(factory)(learning_rate=0.1, l1=0.0, **kwargs)
     params = _params()
     state = opt.init(params)
     chex.clear_trace_counter()
@@ -89,7 +100,7 @@ def test_inject_hyperparams_changes_without_retracing(factory):
     params, state = step(params, state, _grads(0))
     assert proxjax.sparsity(params["w"]) < 0.5
     # Same dtype as inject_hyperparams stores, so the step is not retraced.
-    state.hyperparams["l1"] = jnp.asarray(100.0, jnp.float32)
+    state.hyperparams["l1"] = jnp.asarray(1e4, jnp.float32)
     state.hyperparams["learning_rate"] = jnp.asarray(0.05, jnp.float32)
     params, state = step(params, state, _grads(1))
     assert float(proxjax.sparsity(params)) == 1.0  # everything shrunk to zero
