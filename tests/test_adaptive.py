@@ -247,6 +247,8 @@ def test_per_leaf_strengths_leave_none_leaves_unshrunk():
         lambda: proxjax.prox_adam(0.1, l1=0.01),
         lambda: proxjax.prox_decayed_rms(0.1, l1=0.01, l2=0.1, metric="diagonal"),
         lambda: proxjax.prox_adagrad(optax.constant_schedule(0.1), l1=0.01),
+        lambda: proxjax.ftrl(0.1, l1=0.01),
+        lambda: proxjax.ftrl(0.1, l1=0.01, l2_shrinkage=0.1, beta=1.0),
     ],
 )
 def test_updates_and_state_keep_their_dtypes(dtype, make):

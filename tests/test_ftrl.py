@@ -189,24 +189,6 @@ def test_per_leaf_l1_leaves_none_leaves_without_it():
         np.testing.assert_array_equal(u[leaf], expected)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize(
-    "config", [{"l1": 0.01}, {"l1": 0.01, "l2_shrinkage": 0.1, "beta": 1.0}]
-)
-def test_updates_and_state_keep_their_dtypes(dtype, config):
-    opt = proxjax.ftrl(0.1, **config)
-    params = {"w": jnp.ones((3,), dtype), "b": jnp.zeros((2,), jnp.float32)}
-    state = opt.init(params)
-    dtypes = jax.tree.map(lambda x: x.dtype, state)
-    step = jax.jit(opt.update)
-    for value in (0.5, 1.5):
-        grads = jax.tree.map(lambda p, v=value: jnp.full(p.shape, v, p.dtype), params)
-        updates, state = step(grads, state, params)
-        assert updates["w"].dtype == dtype and updates["b"].dtype == jnp.float32
-        assert jax.tree.map(lambda x: x.dtype, state) == dtypes
-        params = optax.apply_updates(params, updates)
-
-
 def test_float64(x64):
     opt = proxjax.ftrl(0.1, l1=0.01)
     params = jnp.ones(3, jnp.float64)
