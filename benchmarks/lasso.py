@@ -18,10 +18,13 @@ with ``alpha = alpha_max / 20`` and ``alpha_max / 100``, where
 
 The solvers:
 
-- ``proxjax``: FISTA with backtracking and gradient restart,
-  ``chain(prox_linesearch(lambda eta: chain(sgd(eta), prox_l1(alpha, eta))),
-  accelerate(restart="gradient"))``, run by ``proxjax.minimize`` in one
-  jitted call, the solution read with ``proxjax.accelerated_iterate``;
+- ``proxjax``: ``proxjax.minimize_l1_linear``, the FISTA below on working
+  sets of features, in one jitted call;
+- ``proxjax FISTA``: FISTA with backtracking and gradient restart on all the
+  features, ``chain(prox_linesearch(lambda eta: chain(sgd(eta),
+  prox_l1(alpha, eta))), accelerate(restart="gradient"))``, run by
+  ``proxjax.minimize`` in one jitted call, the solution read with
+  ``proxjax.accelerated_iterate``;
 - ``proxjax 1/L``: the same with the constant step ``1/L`` from
   ``proxjax.lipschitz_least_squares``, computed inside the timed call, in
   place of the line search;
@@ -35,7 +38,8 @@ The solvers:
 
 The JAX solvers minimise the same function, ``0.5 * ||X w - y||^2 / n``,
 from ``w = 0``. With ``--gram``, problems with ``n >= p`` are solved from
-the Gram matrix instead: both JAX solvers get ``0.5 w^T G w - b^T w`` with
+the Gram matrix instead (``proxjax`` itself is left as it is): the
+whole-problem JAX solvers get ``0.5 w^T G w - b^T w`` with
 ``G = X^T X / n`` and ``b = X^T y / n`` computed inside the timed call, and
 scikit-learn gets ``precompute=True``. (On this CPU the Gram matrix of the
 2000 x 500 problem costs more than the whole solve without it.)
@@ -43,17 +47,21 @@ scikit-learn gets ``precompute=True``. (On this CPU the Gram matrix of the
 Protocol. ``f*`` is the smallest objective seen: scikit-learn's at
 ``tol=1e-10``, proxjax's at ``tol=1e-13``, and every solver's result below.
 The target is ``f <= f* (1 + 1e-6)``. Each solver's own stopping tolerance
-(proxjax: the relative change of the params; jaxopt: the norm of the
-gradient mapping; scikit-learn: its duality-gap test) is lowered by factors
-of sqrt(10) from a loose start until its result reaches the target; the
-time to solution is the median, over interleaved repeats, of a run at that
-tolerance (at least ``--repeats``, and more for fast problems, until about
-a second of the slowest solver is timed). Compilation is timed apart (ahead
-of time, ``lower().compile()``) and reported in the second table, with each
+(proxjax: the relative change of the params in each FISTA run; jaxopt: the
+norm of the gradient mapping; scikit-learn: its duality-gap test) is lowered
+by factors of sqrt(10) from a loose start until its result reaches the
+target; the time to solution is the median of runs at that tolerance (at
+least ``--repeats``, and more for fast problems, until about a second of the
+slowest solver is timed), made in three rounds: in each, every solver runs a
+block of consecutive calls after one untimed call, the blocks in a new
+random order. Only the solve is timed, up to its result being ready, not the
+conversion of the result to NumPy. Compilation is timed apart (ahead of
+time, ``lower().compile()``) and reported in the second table, with each
 solver's tolerance and its relative gap ``f / f* - 1``. Iterations are
-proxjax's and jaxopt's updates and scikit-learn's coordinate-descent
-epochs; the support is the number of non-zero coefficients of the returned
-solutions (several when they differ).
+proxjax's and jaxopt's updates (for ``proxjax``, over all its working sets,
+whose number follows) and scikit-learn's coordinate-descent epochs; the
+support is the number of non-zero coefficients of the returned solutions
+(several when they differ).
 
 Run it from the repository root::
 
@@ -69,6 +77,7 @@ import argparse
 import functools
 import math
 import os
+import random
 import statistics
 import time
 import warnings
@@ -98,11 +107,21 @@ DIVISORS = (20, 100)
 # At least this many seconds of the slowest solver are timed per problem.
 REPEAT_BUDGET_S = 1.0
 MAX_REPEATS = 300
-SOLVERS = ("proxjax", "proxjax 1/L", "jaxopt LS", "jaxopt 1/L", "sklearn")
+# The timed repeats are split into this many blocks per solver.
+ROUNDS = 3
+SOLVERS = (
+    "proxjax",
+    "proxjax FISTA",
+    "proxjax 1/L",
+    "jaxopt LS",
+    "jaxopt 1/L",
+    "sklearn",
+)
 # Each solver's stopping tolerances, loosest first; the ladder stops at the
 # first one whose result reaches the target.
 LADDERS = {
     "proxjax": [10 ** (-k / 2) for k in range(4, 29)],
+    "proxjax FISTA": [10 ** (-k / 2) for k in range(4, 29)],
     "proxjax 1/L": [10 ** (-k / 2) for k in range(4, 29)],
     "jaxopt LS": [10 ** (-k / 2) for k in range(-4, 25)],
     "jaxopt 1/L": [10 ** (-k / 2) for k in range(-4, 25)],
@@ -121,6 +140,7 @@ class Problem(NamedTuple):
 class Run(NamedTuple):
     coef: np.ndarray
     iterations: int
+    working_sets: int | None = None
 
 
 def diabetes() -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +219,19 @@ def smooth_part(
     return gram_least_squares, (G, b), L
 
 
+def residual_loss(predictions: jax.Array, y: jax.Array) -> jax.Array:
+    residual = predictions - y
+    return 0.5 * jnp.vdot(residual, residual) / y.shape[0]
+
+
+@jax.jit
+def working_set_solve(X, y, alpha, tol, w0):
+    result = proxjax.minimize_l1_linear(
+        residual_loss, X, alpha, y, params=w0, tol=tol, maxiter=MAXITER
+    )
+    return result.params, result.iterations, result.working_sets
+
+
 @functools.partial(jax.jit, static_argnames=("gram", "line_search"))
 def proxjax_solve(X, y, alpha, tol, w0, *, gram, line_search=True):
     fun, data, L = smooth_part(X, y, gram, lipschitz=not line_search)
@@ -246,9 +279,11 @@ class Solver:
         X, y = jnp.asarray(problem.X), jnp.asarray(problem.y)
         w0 = jnp.zeros(X.shape[1])
         alpha = jnp.asarray(problem.alpha)
-        if name.startswith("proxjax"):
+        if name == "proxjax":
+            jitted = functools.partial(working_set_solve)
+        elif name.startswith("proxjax"):
             jitted = functools.partial(
-                proxjax_solve, gram=self.gram, line_search=name == "proxjax"
+                proxjax_solve, gram=self.gram, line_search=name == "proxjax FISTA"
             )
         else:
             jitted = functools.partial(
@@ -263,7 +298,8 @@ class Solver:
         self.w0 = w0
         self.compiled = compiled
 
-    def __call__(self, tol: float) -> Run:
+    def prepare(self, tol: float) -> Callable[[], Any]:
+        """A call that solves at ``tol`` and returns once the result is ready."""
         if self.name == "sklearn":
             model = Lasso(
                 alpha=self.problem.alpha,
@@ -272,19 +308,38 @@ class Solver:
                 tol=tol,
                 max_iter=MAXITER,
             )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(self.X, self.problem.y)
-            return Run(model.coef_, int(model.n_iter_))
-        coef, iterations = self.compiled(*self.args, jnp.asarray(tol), self.w0)
-        coef = jax.block_until_ready(coef)
-        return Run(np.asarray(coef), int(iterations))
+
+            def fit():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    return model.fit(self.X, self.problem.y)
+
+            return fit
+        tol_array = jnp.asarray(tol)
+
+        def solve():
+            outputs = self.compiled(*self.args, tol_array, self.w0)
+            return jax.block_until_ready(outputs)
+
+        return solve
+
+    def result(self, output: Any) -> Run:
+        if self.name == "sklearn":
+            return Run(output.coef_, int(output.n_iter_))
+        coef, iterations, *working_sets = output
+        return Run(np.asarray(coef), int(iterations), *map(int, working_sets))
+
+    def __call__(self, tol: float) -> Run:
+        return self.result(self.prepare(tol)())
 
 
 def timed(solver: Solver, tol: float) -> tuple[float, Run]:
+    """The seconds the solve takes, setup and conversions left out, and its run."""
+    solve = solver.prepare(tol)
     start = time.perf_counter()
-    run = solver(tol)
-    return time.perf_counter() - start, run
+    output = solve()
+    elapsed = time.perf_counter() - start
+    return elapsed, solver.result(output)
 
 
 class Outcome(NamedTuple):
@@ -301,7 +356,7 @@ def solve_problem(
     reference = solvers["sklearn"](1e-10)
     best = min(
         objective(reference.coef, problem),
-        objective(solvers["proxjax"](1e-13).coef, problem),
+        objective(solvers["proxjax FISTA"](1e-13).coef, problem),
     )
 
     chosen: dict[str, tuple[float, Run]] = {}
@@ -319,15 +374,26 @@ def solve_problem(
 
     # Sub-millisecond solves need many repeats for a stable median.
     repeats = max(repeats, min(MAX_REPEATS, math.ceil(REPEAT_BUDGET_S / slowest)))
+    per_block = math.ceil(repeats / ROUNDS)
     seconds: dict[str, list[float]] = {name: [] for name in SOLVERS}
     progress.set_postfix_str(f"{problem.name}/{problem.divisor} timing")
-    for r in range(repeats):
-        # Rotating the order lets drift and noise fall on every solver alike.
-        for name in SOLVERS[r % len(SOLVERS) :] + SOLVERS[: r % len(SOLVERS)]:
+    order = list(SOLVERS)
+    shuffle = random.Random(0).shuffle
+    for _ in range(ROUNDS):
+        # Each solver runs in a block of consecutive calls after an untimed
+        # one, the blocks in a new random order each round. On two cores,
+        # calls interleaved one by one disturb each other: a solver's thread
+        # pool (XLA's, OpenBLAS's) still spins after it returns, and
+        # scikit-learn, run right after a JAX solver, took 5.6 ms or 25 ms
+        # at random on the 2000 x 500 problem.
+        shuffle(order)
+        for name in order:
             tol, _ = chosen[name]
-            elapsed, run = timed(solvers[name], tol)
+            timed(solvers[name], tol)
+            for _ in range(per_block):
+                elapsed, run = timed(solvers[name], tol)
+                seconds[name].append(elapsed)
             best = min(best, objective(run.coef, problem))
-            seconds[name].append(elapsed)
     progress.update(1)
     outcomes = {
         name: Outcome(tol, run, seconds[name], solvers[name].compile_s)
@@ -348,7 +414,7 @@ def format_tables(results: list[tuple[Problem, float, dict[str, Outcome]]]) -> s
         "| problem | alpha | repeats | "
         + " | ".join(f"{name} tol, gap" for name in SOLVERS)
         + " | "
-        + " | ".join(f"{name} compile s" for name in SOLVERS[:4])
+        + " | ".join(f"{name} compile s" for name in SOLVERS[:5])
         + " |",
     ]
     details.append("|" + "---|" * (details[0].count("|") - 1))
@@ -363,7 +429,10 @@ def format_tables(results: list[tuple[Problem, float, dict[str, Outcome]]]) -> s
         cells = []
         for name in SOLVERS:
             missed = "" if gap[name] <= TARGET_RTOL else " (missed)"
-            iterations = outcomes[name].run.iterations
+            run = outcomes[name].run
+            iterations = f"{run.iterations}"
+            if run.working_sets is not None:
+                iterations += f", {run.working_sets} sets"
             cells.append(f"{1e3 * median[name]:.3g} ({iterations}){missed}")
         ratios = [
             f"{median['proxjax'] / median[name]:.2f}"
@@ -378,7 +447,7 @@ def format_tables(results: list[tuple[Problem, float, dict[str, Outcome]]]) -> s
         # Later problems on the same design hit the compilation cache.
         compiles = [
             f"{outcomes[k].compile_s:.2f}" if problem.divisor == DIVISORS[0] else "-"
-            for k in SOLVERS[:4]
+            for k in SOLVERS[:5]
         ]
         repeats = len(outcomes["proxjax"].seconds)
         details.append(
@@ -405,9 +474,7 @@ def plot_path(path: str) -> float:
     w = jnp.zeros(X.shape[1])
     coefs = []
     for alpha in alphas:  # warm starts, as lasso_path does
-        w, _ = proxjax_solve(
-            Xj, yj, jnp.asarray(alpha), jnp.asarray(1e-12), w, gram=False
-        )
+        w, *_ = working_set_solve(Xj, yj, jnp.asarray(alpha), jnp.asarray(1e-12), w)
         coefs.append(np.asarray(w))
     coefs = np.stack(coefs, axis=1)
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -447,8 +514,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{version('jaxopt')}, scikit-learn {sklearn.__version__}, proxjax "
         f"{proxjax.__version__}; backend {jax.default_backend()}, "
         f"{os.cpu_count()} CPUs; float64; target f <= f* (1 + {TARGET_RTOL:g}); "
-        f"median of at least {repeats} interleaved repeats (more, up to "
-        f"{MAX_REPEATS}, to time {REPEAT_BUDGET_S:g} s of the slowest solver); "
+        f"median of at least {repeats} repeats (more, up to {MAX_REPEATS}, to "
+        f"time {REPEAT_BUDGET_S:g} s of the slowest solver) in {ROUNDS} rounds "
+        "of blocks; "
         f"gram={args.gram}\n"
     )
     problems = make_problems(args.quick)

@@ -19,6 +19,7 @@ from proxjax._solve import (
     prox_linesearch,
 )
 from proxjax._structured import prox_from_projection, prox_group_l2, prox_nonnegative
+from proxjax._working_set import L1LinearResult, minimize_l1_linear
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "AccelerateState",
     "DiagonalProximalState",
     "FtrlState",
+    "L1LinearResult",
     "MinimizeResult",
     "ProxLinesearchState",
     "ProximalState",
@@ -37,6 +39,7 @@ __all__ = [
     "lipschitz_least_squares",
     "lipschitz_logistic",
     "minimize",
+    "minimize_l1_linear",
     "operators",
     "prox_adagrad",
     "prox_adam",

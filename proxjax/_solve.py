@@ -362,6 +362,55 @@ def _inner(a: Any, b: Any, dtype: Any) -> jax.Array:
 _RESOLUTION = 1e3
 
 
+def resolution_of(value: jax.Array) -> jax.Array:
+    """The smallest quadratic term a sufficient-decrease test can resolve.
+
+    Below it, the quadratic term is lost in the rounding of ``f(p + u) -
+    f(p)``: the test would pass or fail at random, and the learning rate
+    drift up into a limit cycle or down to nothing.
+    """
+    return _RESOLUTION * jnp.finfo(value.dtype).eps * jnp.abs(value)
+
+
+def backtrack(
+    trial: Callable[[jax.Array], tuple[Any, ...]],
+    learning_rate: jax.Array,
+    increase_factor: float,
+    decrease_factor: float,
+    max_steps: int,
+) -> tuple[Any, ...]:
+    """Backtracking over the learning rate, shared by the line searches.
+
+    ``trial(eta)`` returns the step proposed at ``eta`` (a tuple), whether it
+    passed the sufficient-decrease test and whether the test was resolved.
+    The search starts at ``learning_rate * increase_factor`` and multiplies
+    by ``decrease_factor`` until a trial passes, or ``max_steps`` times. An
+    unresolved trial passes only at a learning rate no larger than
+    ``learning_rate``, the last one a resolved test accepted; above it, the
+    next trial is at ``learning_rate`` itself.
+
+    Returns the accepted step's elements, then the learning rate.
+    """
+
+    def attempt(eta):
+        *proposal, passed, resolved = trial(eta)
+        passed = jnp.where(resolved, passed, eta <= learning_rate)
+        return eta, *proposal, passed, resolved
+
+    def not_done(carry):
+        *_, passed, _, count = carry
+        return ~passed & (count < max_steps)
+
+    def decrease(carry):
+        eta, *_, resolved, count = carry
+        eta = jnp.where(resolved, eta * decrease_factor, learning_rate)
+        return (*attempt(eta), count + 1)
+
+    carry = (*attempt(learning_rate * increase_factor), jnp.zeros([], jnp.int32))
+    eta, *proposal, _, _, _ = jax.lax.while_loop(not_done, decrease, carry)
+    return (*proposal, eta)
+
+
 class ProxLinesearchState(NamedTuple):
     """State of :func:`prox_linesearch`.
 
@@ -510,10 +559,7 @@ def prox_linesearch(
                 "or run it with proxjax.minimize."
             )
         dtype = state.learning_rate.dtype
-        # Below this, the quadratic term of the test is lost in the rounding of
-        # f(p + u) - f(p): the test would pass or fail at random, and the
-        # learning rate drift up into a limit cycle or down to nothing.
-        resolution = _RESOLUTION * jnp.finfo(dtype).eps * jnp.abs(value).astype(dtype)
+        resolution = resolution_of(jnp.asarray(value, dtype))
 
         def trial(eta):
             u, inner_state = step(eta).update(updates, state.inner_state, params)
@@ -528,29 +574,13 @@ def prox_linesearch(
             passed = jax.lax.cond(resolved, sufficient_decrease, lambda: True)
             return u, inner_state, passed, resolved
 
-        def not_done(carry):
-            _, _, _, passed, _, count = carry
-            return ~passed & (count < max_backtracking_steps)
-
-        def backtrack(carry):
-            eta, *_, count = carry
-            eta = eta * decrease_factor
-            return (eta, *trial(eta), count + 1)
-
-        eta = state.learning_rate * increase_factor
-        carry = (eta, *trial(eta), jnp.zeros([], jnp.int32))
-        eta, u, inner_state, _, resolved, _ = jax.lax.while_loop(
-            not_done, backtrack, carry
+        u, inner_state, eta = backtrack(
+            trial,
+            state.learning_rate,
+            increase_factor,
+            decrease_factor,
+            max_backtracking_steps,
         )
-        # An unresolved trial is taken, but it does not raise the learning rate
-        # above the last one a resolved test accepted.
-        keep = ~resolved & (eta > state.learning_rate)
-
-        def last_accepted():
-            return step(state.learning_rate).update(updates, state.inner_state, params)
-
-        u, inner_state = jax.lax.cond(keep, last_accepted, lambda: (u, inner_state))
-        eta = jnp.where(keep, state.learning_rate, eta)
         return u, ProxLinesearchState(learning_rate=eta, inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

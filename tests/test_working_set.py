@@ -1,0 +1,205 @@
+"""The working-set solver reaches the same L1-penalised fits as whole-problem ones."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.datasets import make_regression
+from sklearn.linear_model import Lasso
+
+import proxjax
+
+
+def _least_squares(predictions, y):
+    residual = predictions - y
+    return 0.5 * jnp.vdot(residual, residual) / y.shape[0]
+
+
+def _logistic(predictions, labels):
+    # labels in {-1, 1}
+    return jnp.mean(jax.nn.softplus(-labels * predictions))
+
+
+def _regression(samples=200, features=1000, informative=20, seed=0):
+    x, y = make_regression(
+        n_samples=samples,
+        n_features=features,
+        n_informative=informative,
+        noise=5.0,
+        random_state=seed,
+    )
+    return x, y, np.abs(x.T @ y).max() / samples
+
+
+def _numpy_violation(x, coef, gradient_of_predictions, l1):
+    gradient = x.T @ gradient_of_predictions
+    return np.where(
+        coef == 0,
+        np.maximum(np.abs(gradient) - l1, 0),
+        np.abs(gradient + l1 * np.sign(coef)),
+    )
+
+
+@pytest.mark.parametrize("divisor", [5, 50])
+def test_matches_sklearn_lasso_with_working_sets(x64, divisor):
+    x, y, alpha_max = _regression()
+    alpha = alpha_max / divisor
+    reference = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=10**6)
+    reference.fit(x, y)
+    result = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha, jnp.asarray(y), tol=1e-12, capacity=64
+    )
+    support = np.count_nonzero(reference.coef_)
+    assert 5 <= support < 64  # a real support, smaller than the capacity
+    # More than one working set was solved, and never all the features.
+    assert int(result.working_sets) >= 2
+    assert not bool(result.overflowed)
+    np.testing.assert_allclose(result.params, reference.coef_, rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(result.params == 0, reference.coef_ == 0)
+    # The reported violation is the optimality condition computed in NumPy.
+    residual = (x @ np.asarray(result.params) - y) / len(y)
+    violation = _numpy_violation(x, np.asarray(result.params), residual, alpha)
+    # Both are differences of terms of the size of alpha: equal to rounding.
+    np.testing.assert_allclose(
+        result.violation, violation.max(), rtol=0, atol=1e-12 * alpha
+    )
+    assert float(result.violation) < 1e-8 * alpha_max
+
+
+def test_overflow_finishes_on_all_features(x64):
+    x, y, alpha_max = _regression(features=300, informative=40)
+    alpha = alpha_max / 100
+    reference = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=10**6)
+    reference.fit(x, y)
+    assert np.count_nonzero(reference.coef_) > 32
+    result = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha, jnp.asarray(y), tol=1e-12, capacity=32
+    )
+    assert bool(result.overflowed)
+    np.testing.assert_allclose(result.params, reference.coef_, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("maxiter", [1, 3, 10, 40, 10_000])
+def test_a_small_problem_takes_the_steps_of_the_fista_chain(x64, maxiter):
+    x, y, alpha_max = _regression(samples=100, features=16, informative=10)
+    alpha = alpha_max / 20
+    tol = 0.0 if maxiter < 10_000 else 1e-12
+    result = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha, jnp.asarray(y), tol=tol, maxiter=maxiter
+    )
+    assert int(result.working_sets) == 0  # 16 features: solved whole
+    # The chain the solver fuses for linear models, run on all of X.
+    opt = optax.chain(
+        proxjax.prox_linesearch(
+            lambda eta: optax.chain(optax.sgd(eta), proxjax.prox_l1(alpha, eta))
+        ),
+        proxjax.accelerate(),
+    )
+    whole = proxjax.minimize(
+        lambda w, x, y: _least_squares(x @ w, y),
+        jnp.zeros(16),
+        opt,
+        jnp.asarray(x),
+        jnp.asarray(y),
+        maxiter=maxiter,
+        tol=tol,
+    )
+    assert int(result.iterations) == int(whole.iterations)
+    if maxiter == 10_000:
+        assert int(result.iterations) < 1000  # it converged
+    expected = proxjax.accelerated_iterate(whole.state)
+    np.testing.assert_allclose(result.params, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(result.params == 0, expected == 0)
+
+
+def test_logistic_loss_meets_the_optimality_condition(x64):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((150, 600))
+    truth = np.zeros(600)
+    truth[:8] = 3 * rng.standard_normal(8)
+    labels = np.where(x @ truth + 0.5 * rng.standard_normal(150) > 0, 1.0, -1.0)
+    # The smallest l1 with a zero solution: ||X^T grad(0)||_inf.
+    l1_max = np.abs(x.T @ (-labels / 2)).max() / len(labels)
+    l1 = l1_max / 10
+    result = proxjax.minimize_l1_linear(
+        _logistic, x, l1, jnp.asarray(labels), tol=1e-12, capacity=32
+    )
+    coef = np.asarray(result.params)
+    assert 16 < np.count_nonzero(coef) < 32  # more than the first working set
+    assert int(result.working_sets) >= 2
+    margins = labels * (x @ coef)
+    gradient_of_predictions = -labels / (1 + np.exp(margins)) / len(labels)
+    violation = _numpy_violation(x, coef, gradient_of_predictions, l1)
+    assert violation.max() < 1e-8 * l1_max
+
+
+def test_warm_start_reaches_the_same_solution_in_fewer_iterations(x64):
+    x, y, alpha_max = _regression()
+    y = jnp.asarray(y)
+    solve = jax.jit(
+        lambda alpha, params: proxjax.minimize_l1_linear(
+            _least_squares, x, alpha, y, params=params, tol=1e-10, capacity=64
+        )
+    )
+    previous = solve(alpha_max / 10, jnp.zeros(1000))
+    cold = solve(alpha_max / 12, jnp.zeros(1000))
+    warm = solve(alpha_max / 12, previous.params)
+    np.testing.assert_allclose(warm.params, cold.params, rtol=0, atol=1e-7)
+    assert int(warm.iterations) < int(cold.iterations)
+
+
+def test_compiles_once_for_new_data_and_strength():
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def solve(x, y, l1):
+        return proxjax.minimize_l1_linear(_least_squares, x, l1, y, capacity=16)
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = jnp.asarray(rng.standard_normal((30, 50)), jnp.float32)
+        y = jnp.asarray(rng.standard_normal(30), jnp.float32)
+        result = solve(x, y, jnp.asarray(0.1, jnp.float32))
+        assert result.params.dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(result.params)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument, value",
+    [
+        ({"X": jnp.ones(3)}, "X", "(3,)"),
+        ({"X": jnp.ones((3, 2), jnp.int32)}, "X", "int32"),
+        ({"l1": -0.5}, "l1", "-0.5"),
+        ({"tol": -1.0}, "tol", "-1.0"),
+        ({"capacity": 0}, "capacity", "0"),
+        ({"maxiter": 2.5}, "maxiter", "2.5"),
+        ({"max_working_sets": True}, "max_working_sets", "True"),
+        ({"params": jnp.zeros(3)}, "params", "(3,)"),
+        ({"loss": "least squares"}, "loss", "'least squares'"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(kwargs, argument, value):
+    arguments = {"loss": _least_squares, "X": jnp.ones((3, 2)), "l1": 0.1}
+    arguments.update(kwargs)
+    loss, x, l1 = arguments.pop("loss"), arguments.pop("X"), arguments.pop("l1")
+    with pytest.raises(ValueError) as error:
+        proxjax.minimize_l1_linear(loss, x, l1, jnp.ones(3), **arguments)
+    message = str(error.value)
+    assert message.startswith("minimize_l1_linear:"), message
+    assert argument in message and value in message, message
+
+
+def test_float32_design_with_float64_options(x64):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((40, 60)), jnp.float32)
+    y = jnp.asarray(rng.standard_normal(40), jnp.float32)
+    result = jax.jit(
+        lambda l1, tol, params: proxjax.minimize_l1_linear(
+            _least_squares, x, l1, y, params=params, tol=tol, capacity=16
+        )
+    )(jnp.asarray(0.05), jnp.asarray(1e-5), jnp.zeros(60))
+    assert result.params.dtype == jnp.float32
+    assert result.violation.dtype == jnp.float32
+    assert 0 < np.count_nonzero(result.params) < 60
+    assert float(result.violation) < 1e-3
