@@ -136,7 +136,8 @@ def _is_int(value: Any) -> bool:
     return True
 
 
-def _check_design(transform: str, X: Any, n: Any) -> tuple[jax.Array, Any]:
+def check_matrix(transform: str, X: Any) -> jax.Array:
+    """``X`` as an array; raises unless it is a non-empty 2-D floating array."""
     X = jnp.asarray(X)
     if X.ndim != 2 or X.size == 0:
         raise ValueError(
@@ -144,6 +145,11 @@ def _check_design(transform: str, X: Any, n: Any) -> tuple[jax.Array, Any]:
         )
     if not jnp.issubdtype(X.dtype, jnp.floating):
         raise ValueError(f"{transform}: X must be floating point, got {X.dtype}.")
+    return X
+
+
+def _check_design(transform: str, X: Any, n: Any) -> tuple[jax.Array, Any]:
+    X = check_matrix(transform, X)
     if n is None:
         n = X.shape[0]
     hp.check_positive(transform, "n", n)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from proxjax import _hyperparams as hp
 from proxjax._operators import soft_threshold
-from proxjax._solve import _is_int, backtrack, resolution_of
+from proxjax._solve import _is_int, backtrack, check_matrix, resolution_of
 
 # The line search of prox_linesearch with its default factors.
 _INCREASE = 1.5
@@ -21,8 +21,8 @@ class L1LinearResult(NamedTuple):
 
     Attributes:
       params: the coefficients, a vector with exact zeros.
-      iterations: the proximal-gradient updates made, over all working sets,
-        an int32 scalar.
+      iterations: the FISTA updates made, over all working sets, an int32
+        scalar (the Newton steps are not counted).
       working_sets: the working sets solved, an int32 scalar; ``0`` when the
         problem is small enough to be solved whole.
       violation: the largest violation of the optimality condition over all
@@ -52,6 +52,8 @@ class _Fista(NamedTuple):
     learning_rate: jax.Array
     count: jax.Array
     update_norm: jax.Array
+    stable: jax.Array  # updates since the support of the iterate last changed
+    attempted: jax.Array  # the count at the last Newton step tried
 
 
 def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
@@ -61,12 +63,16 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
     :func:`minimize`, with the same stopping test, but for a linear model:
     the predictions at the extrapolated point follow from those at the last
     two iterates without a product with ``X``, so a step costs two products
-    (the gradient and the trial point) instead of three.
+    (the gradient and the trial point) instead of three. Once the support
+    has not changed for a few updates, and at most once every ``2 *
+    features`` updates, a Newton step on the support is tried; when it is
+    taken the momentum restarts from it.
 
     Returns the iterate, its predictions, the last learning rate and the
-    number of updates.
+    number of updates (Newton steps not counted).
     """
     dtype = X.dtype
+    features = X.shape[1]
     predictions = X @ params
 
     def not_done(carry):
@@ -102,6 +108,26 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
         momentum = (t - 1) / t_next
         point = iterate + momentum * move
         point_predictions = predictions + momentum * (predictions - carry.predictions)
+        same_support = jnp.all((iterate != 0) == (carry.iterate != 0))
+        stable = jnp.where(same_support, carry.stable + 1, 0)
+        # FISTA crawls on ill-conditioned problems once the support has
+        # settled; a Newton step on the support then lands on the solution.
+        due = carry.count + 1 - carry.attempted >= _SPACING * features
+        newton = (stable >= _STABLE_UPDATES) & due
+
+        def newton_step():
+            w, z, accepted = _newton_on_support(loss, X, l1, iterate, predictions, args)
+            return jax.lax.cond(
+                accepted,
+                lambda: (w, z, w, z, jnp.ones_like(t_next)),
+                lambda: (iterate, predictions, point, point_predictions, t_next),
+            )
+
+        iterate, predictions, point, point_predictions, t_next = jax.lax.cond(
+            newton,
+            newton_step,
+            lambda: (iterate, predictions, point, point_predictions, t_next),
+        )
         return _Fista(
             iterate,
             predictions,
@@ -111,6 +137,8 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
             eta,
             carry.count + 1,
             jnp.linalg.norm(point - carry.point),
+            stable,
+            jnp.where(newton, carry.count + 1, carry.attempted),
         )
 
     carry = _Fista(
@@ -122,9 +150,61 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
         learning_rate,
         jnp.zeros([], jnp.int32),
         jnp.full([], jnp.inf, dtype),
+        jnp.zeros([], jnp.int32),
+        jnp.zeros([], jnp.int32),
     )
     carry = jax.lax.while_loop(not_done, step, carry)
     return carry.iterate, carry.predictions, carry.learning_rate, carry.count
+
+
+# Updates with an unchanged support before a Newton step is tried.
+_STABLE_UPDATES = 2
+# Updates, per feature, between two Newton steps tried: a step costs about
+# as much as twice as many updates as there are features, so one that fails
+# every time adds at most about half to the cost.
+_SPACING = 2
+
+
+def _newton_on_support(loss, X, l1, params, predictions, args):
+    """A Newton step on the support of ``params``; whether it is taken.
+
+    On the support, with the signs fixed, the objective is smooth: the step
+    solves the Newton system there (exactly, for least squares) and is taken
+    only if it keeps every sign, is finite and lowers the objective.
+    """
+    support = params != 0
+    sign = jnp.sign(params)
+
+    def gradient(z):
+        return jax.grad(loss)(z, *args)
+
+    grad = gradient(predictions) @ X
+    # X^T H X, with H the loss's Hessian in the predictions applied to each
+    # column: far fewer operations than jax.hessian of w -> loss(X @ w).
+    hessian_columns = jax.vmap(
+        lambda column: jax.jvp(gradient, (predictions,), (column,))[1],
+        in_axes=1,
+    )(X)
+    hessian = hessian_columns @ X
+    # Off the support, the identity and a zero right-hand side: no move.
+    off = jnp.diag((~support).astype(X.dtype))
+    hessian = jnp.where(support[:, None] & support[None, :], hessian, off)
+    rhs = jnp.where(support, grad + l1 * sign, 0)
+    candidate = params - jnp.linalg.solve(hessian, rhs)
+    candidate_predictions = X @ candidate
+
+    def objective(w, z):
+        return loss(z, *args) + l1 * jnp.sum(jnp.abs(w))
+
+    accepted = (
+        jnp.all(jnp.isfinite(candidate))
+        & jnp.all(jnp.sign(candidate) == sign)
+        & (
+            objective(candidate, candidate_predictions)
+            <= objective(params, predictions)
+        )
+    )
+    return candidate, candidate_predictions, accepted
 
 
 def _violation(params: jax.Array, gradient: jax.Array, l1: jax.Array) -> jax.Array:
@@ -159,18 +239,27 @@ def minimize_l1_linear(
     :math:`|g_j| \le \lambda` where :math:`w_j = 0`, with :math:`g = X^\top
     \nabla \ell(X w)`. The solver keeps the ``capacity`` features most
     likely to break that condition (the non-zero coefficients, then the
-    largest :math:`|g_j|`), solves the problem restricted to their columns
-    with FISTA (:func:`prox_linesearch` and :func:`accelerate`, run by
-    :func:`minimize`), then computes the gradient over all features once;
-    while a feature outside the working set violates the condition, the
-    working set is chosen again and solved from the last coefficients. Each
-    working set costs one pass over ``X`` (the gather of its columns and one
-    product with the residual) and FISTA steps on ``n x capacity`` columns
-    only, where full-problem FISTA reads all of ``X`` at every step: on the
-    sparse problems of proxjax's Lasso benchmark three to nine working sets
-    of 16 to 128 features sufficed. The working sets start at 16 features
-    and at most double each time, up to ``capacity``; a problem with at most
-    16 features is solved whole, in one FISTA run.
+    largest :math:`|g_j|`), solves the problem restricted to their columns,
+    then computes the gradient over all features once; while a feature
+    outside the working set violates the condition, the working set is
+    chosen again and solved from the last coefficients. Each working set
+    costs one pass over ``X`` (the gather of its columns and one product
+    with the residual) and steps on its own columns only, where
+    whole-problem FISTA reads all of ``X`` at every step: on the sparse
+    problems of proxjax's Lasso benchmark three to twelve working sets
+    sufficed. The working sets start at 16 features and at most double each
+    time, up to ``capacity``; a problem with at most 16 features is solved
+    whole.
+
+    Each restricted problem is solved by the steps of FISTA with
+    backtracking and gradient restart (``chain(prox_linesearch(...),
+    accelerate())`` run by :func:`minimize`, fused so that each step costs
+    two products with the columns instead of three). On an ill-conditioned
+    problem FISTA finds the support long before it converges on it: once
+    the support has held for two steps, and at most once every two steps
+    per feature, a Newton step on the support (with the signs fixed, the
+    objective is smooth there) is tried, and taken if it keeps every sign
+    and lowers the objective. For least squares it lands on the solution.
 
     Everything runs in `jax.lax` loops; the function is traceable, and
     ``loss`` and the static options should be static under `jax.jit`.
@@ -234,13 +323,7 @@ def minimize_l1_linear(
         raise ValueError(
             f"{name}: loss must be a function of the predictions, got {loss!r}."
         )
-    X = jnp.asarray(X)
-    if X.ndim != 2 or X.size == 0:
-        raise ValueError(
-            f"{name}: X must be a non-empty 2-D array, got shape {X.shape}."
-        )
-    if not jnp.issubdtype(X.dtype, jnp.floating):
-        raise ValueError(f"{name}: X must be floating point, got {X.dtype}.")
+    X = check_matrix(name, X)
     features = X.shape[1]
     hp.check_number(name, "l1", l1)
     hp.check_number(name, "tol", tol)

@@ -6,10 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from sklearn.datasets import make_regression
+from sklearn.datasets import load_diabetes, make_regression
 from sklearn.linear_model import Lasso
+from sklearn.preprocessing import StandardScaler
 
 import proxjax
+from proxjax import _working_set
 
 
 def _least_squares(predictions, y):
@@ -31,6 +33,22 @@ def _regression(samples=200, features=1000, informative=20, seed=0):
         random_state=seed,
     )
     return x, y, np.abs(x.T @ y).max() / samples
+
+
+def _fista_chain(x, y, alpha, **kwargs):
+    """The chain minimize_l1_linear fuses, run by minimize on all of x."""
+    opt = optax.chain(
+        proxjax.prox_linesearch(
+            lambda eta: optax.chain(optax.sgd(eta), proxjax.prox_l1(alpha, eta))
+        ),
+        proxjax.accelerate(),
+    )
+
+    def fun(w, x, y):
+        return _least_squares(x @ w, y)
+
+    w0 = jnp.zeros(x.shape[1])
+    return proxjax.minimize(fun, w0, opt, jnp.asarray(x), jnp.asarray(y), **kwargs)
 
 
 def _numpy_violation(x, coef, gradient_of_predictions, l1):
@@ -81,37 +99,59 @@ def test_overflow_finishes_on_all_features(x64):
     np.testing.assert_allclose(result.params, reference.coef_, rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("maxiter", [1, 3, 10, 40, 10_000])
+# With 16 features, no Newton step is tried before the 32nd update.
+@pytest.mark.parametrize("maxiter", [1, 3, 10, 31])
 def test_a_small_problem_takes_the_steps_of_the_fista_chain(x64, maxiter):
     x, y, alpha_max = _regression(samples=100, features=16, informative=10)
     alpha = alpha_max / 20
-    tol = 0.0 if maxiter < 10_000 else 1e-12
+    tol = 0.0
     result = proxjax.minimize_l1_linear(
         _least_squares, x, alpha, jnp.asarray(y), tol=tol, maxiter=maxiter
     )
     assert int(result.working_sets) == 0  # 16 features: solved whole
-    # The chain the solver fuses for linear models, run on all of X.
-    opt = optax.chain(
-        proxjax.prox_linesearch(
-            lambda eta: optax.chain(optax.sgd(eta), proxjax.prox_l1(alpha, eta))
-        ),
-        proxjax.accelerate(),
-    )
-    whole = proxjax.minimize(
-        lambda w, x, y: _least_squares(x @ w, y),
-        jnp.zeros(16),
-        opt,
-        jnp.asarray(x),
-        jnp.asarray(y),
-        maxiter=maxiter,
-        tol=tol,
-    )
-    assert int(result.iterations) == int(whole.iterations)
-    if maxiter == 10_000:
-        assert int(result.iterations) < 1000  # it converged
+    whole = _fista_chain(x, y, alpha, maxiter=maxiter, tol=tol)
+    assert int(result.iterations) == int(whole.iterations) == maxiter
     expected = proxjax.accelerated_iterate(whole.state)
     np.testing.assert_allclose(result.params, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(result.params == 0, expected == 0)
+
+
+def test_newton_step_lands_on_an_ill_conditioned_solution(x64):
+    # Diabetes has nearly collinear features (s1, s2, s3, s4): FISTA alone
+    # stopped at tol=1e-3 is 8e-3 away from the solution in its coefficients.
+    x, y = load_diabetes(return_X_y=True)
+    x = StandardScaler().fit_transform(x)
+    y = y - y.mean()
+    alpha = np.abs(x.T @ y).max() / len(y) / 100
+    reference = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=10**6)
+    reference.fit(x, y)
+    fista = _fista_chain(x, y, alpha, tol=1e-3)
+    fista_error = np.abs(proxjax.accelerated_iterate(fista.state) - reference.coef_)
+    assert fista_error.max() > 1e-3
+    result = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha, jnp.asarray(y), tol=1e-3
+    )
+    np.testing.assert_allclose(result.params, reference.coef_, rtol=0, atol=1e-9)
+    assert int(result.iterations) < int(fista.iterations)
+
+
+@pytest.mark.parametrize(
+    "params, taken", [([1.0, 0.0], True), ([1.0, -0.2], False), ([1.0, 0.2], False)]
+)
+def test_newton_step_is_taken_only_if_it_keeps_the_signs(x64, params, taken):
+    # With X = I the solution is soft((3, -0.5), 1) = (2, 0). On the support
+    # {0, 1} the Newton step goes to (2, 0.5) with signs (+, -) and to
+    # (2, -1.5) with signs (+, +): sign changes both.
+    x = jnp.eye(2)
+    y = jnp.array([3.0, -0.5])
+    params = jnp.array(params)
+    candidate, predictions, accepted = _working_set._newton_on_support(
+        lambda z, y: 0.5 * jnp.sum((z - y) ** 2), x, 1.0, params, x @ params, (y,)
+    )
+    assert bool(accepted) == taken
+    if taken:
+        np.testing.assert_allclose(candidate, [2.0, 0.0])
+    np.testing.assert_allclose(predictions, x @ candidate)
 
 
 def test_logistic_loss_meets_the_optimality_condition(x64):
