@@ -19,7 +19,8 @@ with ``alpha = alpha_max / 20`` and ``alpha_max / 100``, where
 The solvers:
 
 - ``proxjax``: ``proxjax.minimize_l1_linear``, the FISTA below on working
-  sets of features, in one jitted call;
+  sets of features with a Newton step on the settled support, in one jitted
+  call;
 - ``proxjax FISTA``: FISTA with backtracking and gradient restart on all the
   features, ``chain(prox_linesearch(lambda eta: chain(sgd(eta),
   prox_l1(alpha, eta))), accelerate(restart="gradient"))``, run by

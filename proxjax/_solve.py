@@ -49,7 +49,9 @@ def minimize(
     does not depend on the scale of the params; it also holds once the
     params stop moving at zero. An optimizer that accepts optax's extra
     arguments (such as `optax.scale_by_backtracking_linesearch`) receives
-    ``value=``, ``grad=`` and ``value_fn=``; others ignore them.
+    ``value=``, ``grad=`` and ``value_fn=``; others ignore them. For an
+    L1-penalised linear model, :func:`minimize_l1_linear` runs the same
+    FISTA faster, on working sets of features.
 
     Warning:
       With :func:`accelerate` in the chain the params are the extrapolated
