@@ -51,7 +51,8 @@ def minimize(
     arguments (such as `optax.scale_by_backtracking_linesearch`) receives
     ``value=``, ``grad=`` and ``value_fn=``; others ignore them. For an
     L1-penalised linear model, :func:`minimize_l1_linear` runs the same
-    FISTA faster, on working sets of features.
+    FISTA on working sets of features, which on sparse problems with many
+    features is several times faster.
 
     Warning:
       With :func:`accelerate` in the chain the params are the extrapolated

@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from proxjax import _hyperparams as hp
 from proxjax._operators import soft_threshold
@@ -29,9 +30,10 @@ class L1LinearResult(NamedTuple):
         features at ``params``: :math:`\\max(|g_j| - \\lambda, 0)` where
         :math:`w_j = 0` and :math:`|g_j + \\lambda \\operatorname{sign}
         w_j|` elsewhere, with :math:`g` the gradient of the loss.
-      overflowed: whether the working set filled up with non-zero
-        coefficients while features outside it still violated the
-        optimality condition, so that the rest was solved on all features.
+      overflowed: whether the rest was solved on all features: the working
+        set filled up with non-zero coefficients while features outside it
+        still violated the optimality condition, or the warm start had more
+        non-zeros than the largest working set.
     """
 
     params: jax.Array
@@ -56,17 +58,17 @@ class _Fista(NamedTuple):
     attempted: jax.Array  # the count at the last Newton step tried
 
 
-def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
+def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter, newton):
     """FISTA with backtracking and gradient restart on ``loss(X @ w) + l1|w|_1``.
 
     The same steps as ``chain(prox_linesearch(...), accelerate())`` run by
     :func:`minimize`, with the same stopping test, but for a linear model:
     the predictions at the extrapolated point follow from those at the last
     two iterates without a product with ``X``, so a step costs two products
-    (the gradient and the trial point) instead of three. Once the support
-    has not changed for a few updates, and at most once every ``2 *
-    features`` updates, a Newton step on the support is tried; when it is
-    taken the momentum restarts from it.
+    (the gradient and the trial point) instead of three. With ``newton``,
+    a Newton step on the support is tried once the support has held for a
+    few updates, at most once every ``2 * features`` updates (the first
+    after as many); when it is taken the momentum restarts from it.
 
     Returns the iterate, its predictions, the last learning rate and the
     number of updates (Newton steps not counted).
@@ -113,7 +115,7 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
         # FISTA crawls on ill-conditioned problems once the support has
         # settled; a Newton step on the support then lands on the solution.
         due = carry.count + 1 - carry.attempted >= _SPACING * features
-        newton = (stable >= _STABLE_UPDATES) & due
+        try_newton = newton & (stable >= _STABLE_UPDATES) & due
 
         def newton_step():
             w, z, accepted = _newton_on_support(loss, X, l1, iterate, predictions, args)
@@ -123,11 +125,12 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
                 lambda: (iterate, predictions, point, point_predictions, t_next),
             )
 
-        iterate, predictions, point, point_predictions, t_next = jax.lax.cond(
-            newton,
-            newton_step,
-            lambda: (iterate, predictions, point, point_predictions, t_next),
-        )
+        if newton:
+            iterate, predictions, point, point_predictions, t_next = jax.lax.cond(
+                try_newton,
+                newton_step,
+                lambda: (iterate, predictions, point, point_predictions, t_next),
+            )
         return _Fista(
             iterate,
             predictions,
@@ -138,7 +141,7 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
             carry.count + 1,
             jnp.linalg.norm(point - carry.point),
             stable,
-            jnp.where(newton, carry.count + 1, carry.attempted),
+            jnp.where(try_newton, carry.count + 1, carry.attempted),
         )
 
     carry = _Fista(
@@ -159,9 +162,11 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter):
 
 # Updates with an unchanged support before a Newton step is tried.
 _STABLE_UPDATES = 2
-# Updates, per feature, between two Newton steps tried: a step costs about
-# as much as twice as many updates as there are features, so one that fails
-# every time adds at most about half to the cost.
+# Updates, per feature, between two Newton steps tried. With f features and
+# n samples a step costs about as much as f / 2 + f^2 / 6n updates (the
+# Hessian X^T H X and its solve, against two products with X per update):
+# a Newton step that fails every time adds about a quarter to the cost when
+# f <= n, and half when f = 3n.
 _SPACING = 2
 
 
@@ -243,23 +248,24 @@ def minimize_l1_linear(
     then computes the gradient over all features once; while a feature
     outside the working set violates the condition, the working set is
     chosen again and solved from the last coefficients. Each working set
-    costs one pass over ``X`` (the gather of its columns and one product
-    with the residual) and steps on its own columns only, where
+    costs a gather of its columns and one product of the loss's gradient
+    with all of ``X``, and steps on its own columns only, where
     whole-problem FISTA reads all of ``X`` at every step: on the sparse
-    problems of proxjax's Lasso benchmark three to twelve working sets
-    sufficed. The working sets start at 16 features and at most double each
-    time, up to ``capacity``; a problem with at most 16 features is solved
-    whole.
+    problems of proxjax's Lasso benchmark 3 to 11 working sets sufficed.
+    The working sets start at 16 features (or ``capacity``, if smaller) and
+    at most double each time, up to ``capacity``; a problem with at most 16
+    features is solved whole.
 
     Each restricted problem is solved by the steps of FISTA with
     backtracking and gradient restart (``chain(prox_linesearch(...),
     accelerate())`` run by :func:`minimize`, fused so that each step costs
     two products with the columns instead of three). On an ill-conditioned
-    problem FISTA finds the support long before it converges on it: once
-    the support has held for two steps, and at most once every two steps
-    per feature, a Newton step on the support (with the signs fixed, the
-    objective is smooth there) is tried, and taken if it keeps every sign
-    and lowers the objective. For least squares it lands on the solution.
+    problem FISTA finds the support long before it converges on it: after
+    twice as many steps as the working set has features, once the support
+    has held for two steps, and then at most once per as many steps, a
+    Newton step on the support (with the signs fixed, the objective is
+    smooth there) is tried, and taken if it keeps every sign and lowers the
+    objective. For least squares it lands on the solution.
 
     Everything runs in `jax.lax` loops; the function is traceable, and
     ``loss`` and the static options should be static under `jax.jit`.
@@ -270,13 +276,18 @@ def minimize_l1_linear(
       violate the condition (a solution with more than ``capacity``
       non-zeros), the solver finishes on all features, which is correct but
       as slow as plain FISTA; ``overflowed`` in the result reports it.
-      Raise ``capacity`` above the expected number of non-zeros. The
-      penalty applies to every coefficient: for an unpenalised intercept,
-      centre ``X`` and the target (least squares), as scikit-learn does.
+      Raise ``capacity`` above the expected number of non-zeros (a warm
+      start with more non-zeros than ``capacity`` goes to all features at
+      once). When a FISTA run stops at ``maxiter``, or the working sets run
+      out at ``max_working_sets``, the result is not converged and nothing
+      but ``violation`` says so: compare it with ``l1``. The penalty
+      applies to every coefficient: for an unpenalised intercept, centre
+      ``X`` and the target (least squares), as scikit-learn does.
 
     Args:
       loss: the smooth loss of the predictions, ``loss(X @ w, *args) ->
-        scalar``; it must not depend on ``w`` otherwise.
+        scalar``, twice differentiable for the Newton step; it must not
+        depend on ``w`` otherwise. Its value is cast to the dtype of ``X``.
       X: the design matrix, ``(samples, features)``, floating point.
       l1: the penalty strength :math:`\lambda`, non-negative (a number or a
         scalar array).
@@ -293,8 +304,9 @@ def minimize_l1_linear(
       An :class:`L1LinearResult`.
 
     Raises:
-      ValueError: if ``X`` is not a non-empty 2-D floating array, ``params``
-        does not match its columns, or an option is out of range.
+      ValueError: if ``loss`` is not callable, ``X`` is not a non-empty 2-D
+        floating array, ``params`` does not match its columns, ``l1`` or
+        ``tol`` is not a scalar, or an option is out of range.
 
     Example:
       >>> import jax.numpy as jnp
@@ -325,8 +337,15 @@ def minimize_l1_linear(
         )
     X = check_matrix(name, X)
     features = X.shape[1]
-    hp.check_number(name, "l1", l1)
-    hp.check_number(name, "tol", tol)
+    for option, value in (("l1", l1), ("tol", tol)):
+        if not hp.is_number(value) and not (
+            isinstance(value, (jax.Array, np.ndarray, np.generic))
+            and np.ndim(value) == 0
+        ):
+            raise ValueError(
+                f"{name}: {option} must be a number or a scalar array, got {value!r}."
+            )
+        hp.check_number(name, option, value)
     for option, value in (
         ("maxiter", maxiter),
         ("capacity", capacity),
@@ -345,13 +364,21 @@ def minimize_l1_linear(
             )
         params = params.astype(X.dtype)
     l1 = jnp.asarray(l1, X.dtype)
+    user_loss = loss
+
+    def loss(predictions, *args):
+        # In the dtype of X, whatever the loss computes in: the solver mixes
+        # its value and gradient with the coefficients.
+        return jnp.asarray(user_loss(predictions, *args)).astype(X.dtype)
 
     def gradient(predictions):
         # v @ X, not X.T @ v: XLA:CPU copies the transpose for the latter.
         return jax.grad(loss)(predictions, *args) @ X
 
-    def fista(X, params, learning_rate):
-        return _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter)
+    def fista(X, params, learning_rate, newton=True):
+        return _fista_linear(
+            loss, X, l1, params, learning_rate, args, tol, maxiter, newton
+        )
 
     learning_rate = jnp.ones([], X.dtype)
     no = jnp.zeros([], bool)
@@ -414,11 +441,18 @@ def minimize_l1_linear(
         )
 
     zero = jnp.zeros([], jnp.int32)
-    start = _Outer(params, gradient(X @ params), learning_rate, zero, ~no, no)
+    # A warm start with more non-zeros than the largest working set holds
+    # goes to the whole problem at once, rather than losing some of them.
+    too_many = jnp.count_nonzero(params) > sizes[-1]
+    start = _Outer(params, gradient(X @ params), learning_rate, zero, ~no, too_many)
     outer, count = jax.lax.while_loop(not_done, solve_working_set, (start, zero))
 
     def finish_whole(outer):
-        params, predictions, _, k = fista(X, outer.params, outer.learning_rate)
+        # No Newton step on all the features: its Hessian would be
+        # features x features.
+        params, predictions, _, k = fista(
+            X, outer.params, outer.learning_rate, newton=False
+        )
         return outer._replace(
             params=params,
             grad=gradient(predictions),

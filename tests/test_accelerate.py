@@ -464,3 +464,17 @@ def test_prox_linesearch_grows_the_learning_rate_back(x64):
         rates.append(float(state.learning_rate))
     # Doubled while the test passes; 0.16 > 1 / L fails and halves to 0.08.
     np.testing.assert_allclose(rates, [0.02, 0.04, 0.08, 0.08], rtol=1e-15)
+
+
+def test_prox_linesearch_does_not_raise_the_rate_on_an_unresolved_test(x64):
+    # Next to a loss of 1e20 the quadratic term of the test is below its
+    # rounding: no trial is resolved, so the rate must stay at the last
+    # accepted one (0.1) rather than grow by increase_factor at each step.
+    def loss(w):
+        return 1e20 + jnp.sum((w - 1.0) ** 2)
+
+    opt = proxjax.prox_linesearch(optax.sgd, learning_rate=0.1)
+    result = proxjax.minimize(loss, jnp.zeros(2), opt, maxiter=3, tol=0.0)
+    assert float(result.state.learning_rate) == 0.1
+    # Gradient steps of 0.1 on (w - 1)^2: w <- 0.8 w + 0.2.
+    np.testing.assert_allclose(result.params, [0.488, 0.488], rtol=1e-14)

@@ -1,6 +1,5 @@
 """The working-set solver reaches the same L1-penalised fits as whole-problem ones."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,6 +153,27 @@ def test_newton_step_is_taken_only_if_it_keeps_the_signs(x64, params, taken):
     np.testing.assert_allclose(predictions, x @ candidate)
 
 
+def test_newton_step_is_refused_when_it_raises_the_objective_or_is_not_finite(x64):
+    # sqrt(1 + (z - 10)^2) from z = 11.2: the Newton step overshoots to 8.27,
+    # keeping the sign but raising the loss from 1.56 to 2.0.
+    candidate, _, accepted = _working_set._newton_on_support(
+        lambda z: jnp.sum(jnp.sqrt(1 + (z - 10.0) ** 2)),
+        jnp.ones((1, 1)),
+        0.0,
+        jnp.array([11.2]),
+        jnp.array([11.2]),
+        (),
+    )
+    assert float(candidate[0]) > 0 and not bool(accepted)
+    # Two equal columns, both in the support: a singular Hessian.
+    x = jnp.ones((3, 2))
+    params = jnp.array([1.0, 1.0])
+    candidate, _, accepted = _working_set._newton_on_support(
+        lambda z: 0.5 * jnp.sum((z - 3.0) ** 2), x, 0.1, params, x @ params, ()
+    )
+    assert not bool(accepted)
+
+
 def test_logistic_loss_meets_the_optimality_condition(x64):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((150, 600))
@@ -190,19 +210,77 @@ def test_warm_start_reaches_the_same_solution_in_fewer_iterations(x64):
     assert int(warm.iterations) < int(cold.iterations)
 
 
-def test_compiles_once_for_new_data_and_strength():
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def solve(x, y, l1):
-        return proxjax.minimize_l1_linear(_least_squares, x, l1, y, capacity=16)
+def test_warm_start_with_more_non_zeros_than_the_capacity_is_kept(x64):
+    x, y, alpha_max = _regression(features=300, informative=60)
+    alpha = alpha_max / 100
+    y = jnp.asarray(y)
+    solution = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha, y, tol=1e-10, capacity=256
+    )
+    assert np.count_nonzero(solution.params) > 32
+    # Started at the solution with a capacity of 32, it goes to all the
+    # features at once and stops within a few updates, the solution kept.
+    again = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha, y, params=solution.params, tol=1e-10, capacity=32
+    )
+    assert bool(again.overflowed) and int(again.working_sets) == 0
+    assert int(again.iterations) <= 3
+    np.testing.assert_allclose(again.params, solution.params, rtol=0, atol=1e-8)
 
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        x = jnp.asarray(rng.standard_normal((30, 50)), jnp.float32)
-        y = jnp.asarray(rng.standard_normal(30), jnp.float32)
-        result = solve(x, y, jnp.asarray(0.1, jnp.float32))
-        assert result.params.dtype == jnp.float32
-        assert bool(jnp.all(jnp.isfinite(result.params)))
+
+def test_an_unconverged_result_shows_in_the_violation(x64):
+    x, y, alpha_max = _regression()
+    alpha = alpha_max / 50
+    y = jnp.asarray(y)
+    converged = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha, y, tol=1e-12, capacity=64
+    )
+    assert int(converged.working_sets) > 1
+    assert float(converged.violation) < 1e-8 * alpha
+    for options in ({"max_working_sets": 1}, {"maxiter": 3}):
+        cut = proxjax.minimize_l1_linear(
+            _least_squares, x, alpha, y, tol=1e-12, capacity=64, **options
+        )
+        assert not bool(cut.overflowed)
+        assert float(cut.violation) > 0.1 * alpha
+
+
+def test_a_zero_column_stays_at_zero(x64):
+    x, y, alpha_max = _regression(features=100)
+    x[:, 7] = 0.0
+    params = jnp.zeros(100).at[7].set(5.0)  # a warm start on the zero column
+    result = proxjax.minimize_l1_linear(
+        _least_squares, x, alpha_max / 20, jnp.asarray(y), params=params, tol=1e-10
+    )
+    assert float(result.params[7]) == 0.0
+    assert float(result.violation) < 1e-8 * alpha_max
+
+
+def test_mixed_precision_loss_under_strict_promotion(x64):
+    # A float64 loss of float32 predictions: the solver works in float32.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((60, 80))
+    y = rng.standard_normal(60)
+
+    def float64_loss(predictions, y):
+        return _least_squares(predictions.astype(jnp.float64), y)
+
+    exact = proxjax.minimize_l1_linear(
+        _least_squares, x, 0.05, jnp.asarray(y), tol=1e-12, capacity=16
+    )
+    result = proxjax.minimize_l1_linear(
+        float64_loss,
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(0.05),  # float64 options with a float32 design
+        jnp.asarray(y),
+        params=jnp.zeros(80),
+        tol=jnp.asarray(1e-6),
+        capacity=16,
+    )
+    assert result.params.dtype == result.violation.dtype == jnp.float32
+    assert 0 < np.count_nonzero(exact.params) < 80
+    np.testing.assert_allclose(result.params, exact.params, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(result.params == 0, exact.params == 0)
 
 
 @pytest.mark.parametrize(
@@ -216,6 +294,9 @@ def test_compiles_once_for_new_data_and_strength():
         ({"maxiter": 2.5}, "maxiter", "2.5"),
         ({"max_working_sets": True}, "max_working_sets", "True"),
         ({"params": jnp.zeros(3)}, "params", "(3,)"),
+        ({"l1": jnp.full(2, 0.1)}, "l1", "Array([0.1, 0.1]"),
+        ({"l1": optax.constant_schedule(0.1)}, "l1", "function"),
+        ({"tol": jnp.ones(3)}, "tol", "Array([1., 1., 1.]"),
         ({"loss": "least squares"}, "loss", "'least squares'"),
     ],
 )
@@ -228,18 +309,3 @@ def test_bad_input_raises_naming_the_argument(kwargs, argument, value):
     message = str(error.value)
     assert message.startswith("minimize_l1_linear:"), message
     assert argument in message and value in message, message
-
-
-def test_float32_design_with_float64_options(x64):
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((40, 60)), jnp.float32)
-    y = jnp.asarray(rng.standard_normal(40), jnp.float32)
-    result = jax.jit(
-        lambda l1, tol, params: proxjax.minimize_l1_linear(
-            _least_squares, x, l1, y, params=params, tol=tol, capacity=16
-        )
-    )(jnp.asarray(0.05), jnp.asarray(1e-5), jnp.zeros(60))
-    assert result.params.dtype == jnp.float32
-    assert result.violation.dtype == jnp.float32
-    assert 0 < np.count_nonzero(result.params) < 60
-    assert float(result.violation) < 1e-3
