@@ -146,14 +146,6 @@ def diagonal_proximal_step(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _check_static(transform: str, name: str, value: Any) -> None:
-    if callable(value):
-        raise ValueError(
-            f"{transform}: {name} must be a number or an array, not a schedule, "
-            f"got {value!r}."
-        )
-
-
 def _scale_by_root_sum_of_squares(
     initial_accumulator_value: Any,
 ) -> optax.GradientTransformation:
@@ -255,7 +247,7 @@ def prox_adagrad(
     hp.check_positive(name, "learning_rate", learning_rate)
     hp.check_strength(name, "l1", l1)
     hp.check_strength(name, "l2", l2)
-    _check_static(name, "initial_accumulator_value", initial_accumulator_value)
+    hp.check_not_schedule(name, "initial_accumulator_value", initial_accumulator_value)
     hp.check_positive(name, "initial_accumulator_value", initial_accumulator_value)
     return diagonal_proximal_step(
         name,
@@ -399,7 +391,7 @@ def prox_adam(
     hp.check_strength(name, "l1", l1)
     hp.check_strength(name, "l2", l2)
     for arg, value in (("b1", b1), ("b2", b2), ("eps", eps)):
-        _check_static(name, arg, value)
+        hp.check_not_schedule(name, arg, value)
     hp.check_number(name, "b1", b1, upper=1.0)
     hp.check_number(name, "b2", b2, upper=1.0)
     hp.check_positive(name, "eps", eps)

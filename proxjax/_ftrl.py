@@ -25,14 +25,6 @@ class FtrlState(NamedTuple):
     linear: optax.Updates
 
 
-def _check_static(transform: str, name: str, value: Any) -> None:
-    if callable(value):
-        raise ValueError(
-            f"{transform}: {name} must be a number or an array, not a schedule, "
-            f"got {value!r}."
-        )
-
-
 def ftrl(
     learning_rate: Any,
     learning_rate_power: Any = -0.5,
@@ -130,7 +122,7 @@ def ftrl(
         ("initial_accumulator_value", initial_accumulator_value),
         ("beta", beta),
     ):
-        _check_static(name, arg, value)
+        hp.check_not_schedule(name, arg, value)
     hp.check_number(
         name,
         "learning_rate_power",

@@ -79,6 +79,15 @@ def check_number(
         )
 
 
+def check_not_schedule(transform: str, name: str, value: Any) -> None:
+    """Refuses a schedule where a hyperparameter must stay constant."""
+    if callable(value):
+        raise ValueError(
+            f"{transform}: {name} must be a number or an array, not a schedule, "
+            f"got {value!r}."
+        )
+
+
 def check_positive(transform: str, name: str, value: Any) -> None:
     """Checks a step size or a learning rate: finite and positive."""
     check_number(transform, name, value, lower_open=True)

@@ -420,6 +420,12 @@ def backtrack(
     return (*proposal, eta)
 
 
+# prox_linesearch's defaults, which minimize_l1_linear's fused search shares.
+DECREASE_FACTOR = 0.5
+INCREASE_FACTOR = 1.5
+MAX_BACKTRACKING_STEPS = 30
+
+
 class ProxLinesearchState(NamedTuple):
     """State of :func:`prox_linesearch`.
 
@@ -437,9 +443,9 @@ def prox_linesearch(
     step: Callable[[jax.Array], optax.GradientTransformation],
     *,
     learning_rate: float = 1.0,
-    decrease_factor: float = 0.5,
-    increase_factor: float = 1.5,
-    max_backtracking_steps: int = 30,
+    decrease_factor: float = DECREASE_FACTOR,
+    increase_factor: float = INCREASE_FACTOR,
+    max_backtracking_steps: int = MAX_BACKTRACKING_STEPS,
 ) -> optax.GradientTransformationExtraArgs:
     r"""A proximal-gradient step whose learning rate is found by backtracking.
 

@@ -9,12 +9,15 @@ import numpy as np
 
 from proxjax import _hyperparams as hp
 from proxjax._operators import soft_threshold
-from proxjax._solve import _is_int, backtrack, check_matrix, resolution_of
-
-# The line search of prox_linesearch with its default factors.
-_INCREASE = 1.5
-_DECREASE = 0.5
-_MAX_STEPS = 30
+from proxjax._solve import (
+    DECREASE_FACTOR,
+    INCREASE_FACTOR,
+    MAX_BACKTRACKING_STEPS,
+    _is_int,
+    backtrack,
+    check_matrix,
+    resolution_of,
+)
 
 
 class L1LinearResult(NamedTuple):
@@ -101,7 +104,11 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter, newton
             return iterate, predictions, passed, resolved
 
         iterate, predictions, eta = backtrack(
-            trial, carry.learning_rate, _INCREASE, _DECREASE, _MAX_STEPS
+            trial,
+            carry.learning_rate,
+            INCREASE_FACTOR,
+            DECREASE_FACTOR,
+            MAX_BACKTRACKING_STEPS,
         )
         u = iterate - carry.point
         move = iterate - carry.iterate
@@ -163,8 +170,9 @@ def _fista_linear(loss, X, l1, params, learning_rate, args, tol, maxiter, newton
 # Updates with an unchanged support before a Newton step is tried.
 _STABLE_UPDATES = 2
 # Updates, per feature, between two Newton steps tried. With f features and
-# n samples a step costs about as much as f / 2 + f^2 / 6n updates (the
-# Hessian X^T H X and its solve, against two products with X per update):
+# n samples, counting multiply-adds, a step costs about as much as
+# f / 2 + f^2 / 6n updates (the Hessian X^T H X and its solve, against two
+# products with X per update):
 # a Newton step that fails every time adds about a quarter to the cost when
 # f <= n, and half when f = 3n.
 _SPACING = 2
